@@ -178,3 +178,18 @@ def test_missing_base_file(tmp_path):
     path = write(tmp_path, "a.toml", 'base = "nowhere.toml"\n')
     with pytest.raises(ConfigError, match=r"a.toml: base: file not found: .*nowhere.toml"):
         load_config(path)
+
+
+# --- docs ------------------------------------------------------------------------------------------
+
+
+def test_config_reference_is_generated_and_current():
+    from train.config import TABLES, field_docs, reference_markdown
+
+    for table, cls in TABLES.items():
+        import dataclasses
+
+        undocumented = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
+        assert not undocumented, f"[{table}] fields without a #: doc line: {undocumented}"
+    on_disk = (CONFIGS.parent / "docs" / "config.md").read_text()
+    assert on_disk == reference_markdown(), "docs/config.md is stale: python cli.py model reference > docs/config.md"

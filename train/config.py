@@ -596,3 +596,48 @@ def _layer_spec(m: ModelConfig, v: dict, keys: dict, origins: dict) -> LayerSpec
         shift=shift, shift_offsets=offsets, shift_location=v["shift_location"],
         shift_combine=v["shift_combine"], shift_sigmoid=v["shift_sigmoid"], ffn_mult=float(v["ffn_mult"]),
     )
+
+
+# --- reference docs ----------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The `#:` comment above each field of a config dataclass (its documentation)."""
+    import inspect
+
+    docs, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+        elif pending and ":" in stripped:
+            docs[stripped.split(":", 1)[0].strip()] = " ".join(pending)
+            pending = []
+    return docs
+
+
+def reference_markdown() -> str:
+    """The config reference (docs/config.md), generated from the dataclasses so it cannot drift."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `train/config.py` by `python cli.py model reference`; do not edit by hand.",
+        "A config may start with `base = \"other.toml\"` and state only what differs;",
+        "`--set table.key=value` overrides any key below. Integers accept size suffixes (`500M`).",
+    ]
+    for table, cls in TABLES.items():
+        docs = field_docs(cls)
+        lines += ["", f"## `[{table}]`", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{f.name}` | `{_show(default)}` | {docs.get(f.name, '')} |")
+    docs = field_docs(LayerSpec)
+    lines += [
+        "", "## `[[model.layers]]`", "",
+        "Different settings at different depths. Each table selects layers with exactly one of",
+        "`every = N` (with optional `offset`), `range = \"start:stop\"`, `layers = [i, j]` or",
+        "`half = \"first\"|\"last\"`, and overrides any of these per-layer keys (later tables win):",
+        "", "| key | meaning |", "|---|---|",
+    ]
+    lines += [f"| `{name}` | {docs.get(name, '')} |" for name in LAYER_KEYS]
+    return "\n".join(lines) + "\n"
