@@ -192,4 +192,4 @@ def test_config_reference_is_generated_and_current():
         undocumented = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
         assert not undocumented, f"[{table}] fields without a #: doc line: {undocumented}"
     on_disk = (CONFIGS.parent / "docs" / "config.md").read_text()
-    assert on_disk == reference_markdown(), "docs/config.md is stale: python cli.py model reference > docs/config.md"
+    assert on_disk == reference_markdown(), "docs/config.md is stale: python cli.py model reference --out docs/config.md"

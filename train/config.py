@@ -621,7 +621,7 @@ def reference_markdown() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from `train/config.py` by `python cli.py model reference`; do not edit by hand.",
+        "Generated from `train/config.py` by `python cli.py model reference --out docs/config.md`; do not edit by hand.",
         "A config may start with `base = \"other.toml\"` and state only what differs;",
         "`--set table.key=value` overrides any key below. Integers accept size suffixes (`500M`).",
     ]
