@@ -74,6 +74,92 @@ data_app = typer.Typer(no_args_is_help=True, help="Build and inspect article dat
 app.add_typer(data_app, name="data")
 
 
+def _data_size(option: str, text: Optional[str]) -> Optional[int]:
+    """A --tokens style size (300K, 1M, 2.5B) or None; a one-line error otherwise."""
+    from train.config import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        fail(f"{option} {text!r}: expected a whole number, optionally with K, M or B (e.g. 300K, 1M)")
+
+
+@data_app.command("build")
+def data_build(
+    source: list[str] = typer.Option(
+        ["stdlib"], "--source", help="stdlib (the standard library: offline), hf:NAME\\[:CONFIG]\\[/SPLIT] (streamed), or "
+        ".jsonl/.json/.parquet/.txt files, folders and globs. Repeat to read several in order."),
+    tokenizer: str = typer.Option("bpe:4096", "--tokenizer", help="gpt2 (tiktoken; its files must be cached offline) "
+                                  "or bpe:N (a byte-level BPE with N ids trained on the source)."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens a model sees per sequence; rows hold seq_len+1."),
+    min_tokens: Optional[str] = typer.Option(None, "--min-tokens", help="Skip articles shorter than this "
+                                             "\\[default: seq_len+1]."),
+    tokens: str = typer.Option("1M", "--tokens", help="Tokens to collect (K/M/B suffixes); the last row may pass it."),
+    bucket_tokens: Optional[str] = typer.Option(None, "--bucket-tokens", help="Target tokens per frequency bucket "
+                                                "in vocab.parquet \\[default: tokens/25]."),
+    windows: str = typer.Option("first", "--windows", help="first: one row per article, its first seq_len+1 tokens "
+                                "(position 0 = article start); all: every full non-overlapping window."),
+    name: str = typer.Option("demo", "--name", help="Data set name: HOME/data/NAME/ (configs train on 'demo')."),
+    text_field: str = typer.Option("text", "--text-field", help="Field or column holding the text (hf, json, parquet)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Token id type: auto (uint16 up to 65,535 ids), uint16, uint32."),
+    bpe_sample: str = typer.Option("8M", "--bpe-sample", help="bpe:N trains on the source's first this many characters."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing data set of this name."),
+    allow_short: bool = typer.Option(False, "--allow-short", help="Build with fewer tokens than --tokens if the "
+                                     "source runs out."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Build HOME/data/NAME/: tokens.bin, vocab.parquet, tokenizer/ and manifest.json (atomically)."""
+    from train.corpus import DataError
+    from train.dataset import build_dataset
+
+    try:
+        path = build_dataset(
+            home, name, source=source, tokenizer=tokenizer, seq_len=seq_len,
+            min_tokens=_data_size("--min-tokens", min_tokens), tokens=_data_size("--tokens", tokens),
+            bucket_tokens=_data_size("--bucket-tokens", bucket_tokens), windows=windows, force=force,
+            allow_short=allow_short, text_field=text_field, progress=not quiet, dtype=dtype,
+            bpe_sample_chars=_data_size("--bpe-sample", bpe_sample))
+    except DataError as err:
+        fail(str(err))
+    typer.echo(path)
+
+
+@data_app.command("info")
+def data_info(
+    name: str = typer.Argument("demo", help="Data set name."),
+    examples: int = typer.Option(3, "--examples", help="How many sequence starts to decode."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Show a data set's manifest, its frequency buckets and a few decoded sequence starts."""
+    from train.corpus import DataError
+    from train.dataset import dataset_info
+
+    try:
+        typer.echo(dataset_info(home, name, n_examples=examples))
+    except DataError as err:
+        fail(str(err))
+
+
+@data_app.command("verify")
+def data_verify(name: str = typer.Argument("demo", help="Data set name."), home: Optional[Path] = HomeOption) -> None:
+    """Re-check a data set: sha256 of tokens.bin, ids, vocab.parquet counts/ranks/buckets, tokenizer."""
+    from train.corpus import DataError
+    from train.dataset import verify_dataset
+
+    try:
+        problems = verify_dataset(home, name)
+    except DataError as err:
+        fail(str(err))
+    if problems:
+        for problem in problems:
+            typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+        fail(f"data set {name!r} failed verification ({len(problems)} problem(s))")
+    typer.echo(f"ok: {name} verified")
+
+
 # --- train ---------------------------------------------------------------------------------
 
 
@@ -82,7 +168,8 @@ def train_command(
     config: Optional[Path] = typer.Option(
         None, "--config", help="TOML config (with --resume and --run: default the run's saved config.toml)."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set under HOME/data/ (else the config's data.dataset)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run name (else the config file's name)."),
+    run: Optional[str] = typer.Option(
+        None, "--run", "--run-name", help="Run name (else the config file's name); under torchrun write --run-name."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set optim.lr=1e-3."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its newest checkpoint."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Total training tokens, e.g. 500M (else train.tokens)."),
@@ -126,6 +213,153 @@ def train_command(
 # --- lossdb, sql, plot, report ---------------------------------------------------------------
 lossdb_app = typer.Typer(no_args_is_help=True, help="The loss table: rollups and database files.")
 app.add_typer(lossdb_app, name="lossdb")
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="One read query over the views: losses, runs, vocab, position_curve, ..."),
+    format: Optional[str] = typer.Option(
+        None, "--format", "-f", help="table | csv | json | parquet (default: from --out's suffix, else table)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result here instead of printing it."),
+    max_rows: int = typer.Option(100, "--max-rows", help="Rows shown by --format table."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Run a read-only SQL query over the loss table's DuckDB views and print the result."""
+    import lossdb
+    from lossdb.query import QueryError, format_for, rich_table, run_read_query, to_csv, to_json, write_parquet
+
+    try:
+        fmt = format_for(out, format)
+        result = run_read_query(lossdb.connect(home), query)
+    except QueryError as error:
+        fail(str(error))
+    if fmt == "parquet":
+        write_parquet(result, out)
+    elif fmt in ("csv", "json"):
+        text = to_csv(result) if fmt == "csv" else to_json(result)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            out.write_text(text)
+    else:
+        from rich.console import Console
+
+        if out is None:
+            Console().print(rich_table(result, max_rows))
+        else:
+            with out.open("w") as f:
+                Console(file=f, width=200).print(rich_table(result, max_rows))
+        if result.num_rows > max_rows:
+            typer.echo(f"({max_rows} of {result.num_rows:,} rows shown; --max-rows N or --format csv for more)", err=True)
+    if out is not None:
+        typer.echo(f"wrote {result.num_rows:,} rows to {out}", err=True)
+
+
+@lossdb_app.command("rollup")
+def lossdb_rollup(
+    runs: Optional[str] = typer.Option(None, "--runs", help="Comma-separated runs (default: every run)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild rollups that already exist."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Build the rollups (sums by position, token, step) of part files that lack them."""
+    import lossdb
+    from lossdb.rollup import build_missing_rollups
+
+    names = [name.strip() for name in runs.split(",") if name.strip()] if runs else None
+    try:
+        report = build_missing_rollups(lossdb.resolve_home(home) / "lossdb", names, force=force)
+    except ValueError as error:
+        fail(str(error))
+    built = ", ".join(report.runs_built) or "none"
+    typer.echo(f"built rollups for {report.parts_built} of {report.parts_seen} part files (runs: {built})")
+
+
+@lossdb_app.command("file")
+def lossdb_file(
+    out: Path = typer.Argument(..., help="The .duckdb file to write."),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write a DuckDB database file holding the views (absolute paths), for the duckdb CLI or notebooks."""
+    import lossdb
+
+    if out.exists():
+        if not force:
+            fail(f"{out} exists (use --force to replace it)")
+        out.unlink()
+    lossdb.write_database_file(home, out)
+    typer.echo(f"wrote {out}: open it with `duckdb {out}` and query losses, position_curve, ...")
+
+
+def _parse_tokens(option: str, value: Optional[str]) -> Optional[int]:
+    """`5M` → 5_000_000 for a token-count option; a bad value is a one-line error."""
+    from train.config import parse_size
+
+    if value is None:
+        return None
+    try:
+        tokens = parse_size(value)
+    except ValueError:
+        fail(f"{option} {value}: expected a token count like 5000000 or 5M")
+    if tokens < 0:
+        fail(f"{option} {value}: must not be negative")
+    return tokens
+
+
+@app.command("plot")
+def plot_command(
+    kind: str = typer.Argument(..., help="position | vocab | learning | first-positions"),
+    runs: str = typer.Option(..., "--runs", help="Comma-separated run names."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="position/vocab: plot relative to this run."),
+    measure: str = typer.Option("ratio", "--measure", help="With --baseline: ratio or difference."),
+    segment: Optional[list[int]] = typer.Option(None, "--segment", help="Only this segment (repeat for more)."),
+    log_x: bool = typer.Option(False, "--log-x", help="position: log-scaled position axis."),
+    window: Optional[str] = typer.Option(None, "--window", help="learning: smoothing window in tokens (default 1% of the run)."),
+    start: Optional[str] = typer.Option(None, "--start", help="learning: first token shown, e.g. 300M."),
+    positions: int = typer.Option(30, "--positions", help="first-positions: how many positions."),
+    out: Optional[Path] = typer.Option(None, "--out", help="F.html, F.png or F.svg (default HOME/plots/KIND.html)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Draw one analysis as a chart: HTML works offline, PNG/SVG through vl-convert."""
+    import lossdb
+    from analysis.charts import save_chart
+    from analysis.report import build_plot
+
+    out = out or lossdb.resolve_home(home) / "plots" / f"{kind}.html"
+    if out.suffix.lower() not in (".html", ".png", ".svg"):
+        fail(f"--out {out}: use a .html, .png or .svg file")
+    window_tokens, start_tokens = _parse_tokens("--window", window), _parse_tokens("--start", start) or 0
+    try:
+        chart = build_plot(
+            lossdb.connect(home), kind, runs, baseline=baseline, segments=segment, log_x=log_x, measure=measure,
+            window_tokens=window_tokens, start_tokens=start_tokens, n_positions=positions,
+        )
+    except ValueError as error:  # unknown run, plot kind or measure
+        fail(str(error))
+    typer.echo(f"wrote {save_chart(chart, out)}")
+
+
+@app.command("report")
+def report_command(
+    runs: str = typer.Option(..., "--runs", help="Comma-separated run names."),
+    baseline: str = typer.Option(..., "--baseline", help="The run every other is compared with."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default HOME/reports/report.html)."),
+    log_x: bool = typer.Option(False, "--log-x", help="Log-scaled position axes."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write one self-contained HTML page (works offline) with every chart and table."""
+    import lossdb
+    from analysis.report import build_report
+
+    out = out or lossdb.resolve_home(home) / "reports" / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        fail(f"--out {out}: the report is an .html file")
+    try:
+        path = build_report(lossdb.connect(home), runs, baseline, out, log_x=log_x)
+    except ValueError as error:  # unknown run, or a run with no losses yet
+        fail(str(error))
+    typer.echo(f"wrote {path}")
 
 
 # --- end of sections -------------------------------------------------------------------------
