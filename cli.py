@@ -309,9 +309,12 @@ def _parse_tokens(option: str, value: Optional[str]) -> Optional[int]:
 
 @app.command("plot")
 def plot_command(
-    kind: str = typer.Argument(..., help="position | vocab | learning | first-positions"),
-    runs: str = typer.Option(..., "--runs", help="Comma-separated run names."),
+    kind: str = typer.Argument(..., help="position | vocab | learning | first-positions | paired"),
+    names: Optional[list[str]] = typer.Argument(None, help="Run names (instead of --runs); paired: A B."),
+    runs: Optional[str] = typer.Option(None, "--runs", help="Comma-separated run names."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="position/vocab: plot relative to this run."),
+    noise: Optional[str] = typer.Option(
+        None, "--noise", help="paired: the noise floor, another seed of A's config (paired with A) or X,Y."),
     measure: str = typer.Option("ratio", "--measure", help="With --baseline: ratio or difference."),
     segment: Optional[list[int]] = typer.Option(None, "--segment", help="Only this segment (repeat for more)."),
     log_x: bool = typer.Option(False, "--log-x", help="position: log-scaled position axis."),
@@ -326,6 +329,9 @@ def plot_command(
     from analysis.charts import save_chart
     from analysis.report import build_plot
 
+    runs = runs if runs is not None else ",".join(names or [])
+    if not runs:
+        fail("name the runs: --runs A,B (or plot paired A B)")
     out = out or lossdb.resolve_home(home) / "plots" / f"{kind}.html"
     if out.suffix.lower() not in (".html", ".png", ".svg"):
         fail(f"--out {out}: use a .html, .png or .svg file")
@@ -333,9 +339,9 @@ def plot_command(
     try:
         chart = build_plot(
             lossdb.connect(home), kind, runs, baseline=baseline, segments=segment, log_x=log_x, measure=measure,
-            window_tokens=window_tokens, start_tokens=start_tokens, n_positions=positions,
+            window_tokens=window_tokens, start_tokens=start_tokens, n_positions=positions, noise=noise,
         )
-    except ValueError as error:  # unknown run, plot kind or measure
+    except ValueError as error:  # unknown run, plot kind or measure; runs that cannot be paired
         fail(str(error))
     typer.echo(f"wrote {save_chart(chart, out)}")
 
@@ -346,6 +352,8 @@ def report_command(
     baseline: str = typer.Option(..., "--baseline", help="The run every other is compared with."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default HOME/reports/report.html)."),
     log_x: bool = typer.Option(False, "--log-x", help="Log-scaled position axes."),
+    pair: Optional[str] = typer.Option(None, "--pair", help="A,B: add a paired per-token comparison of A and B."),
+    noise: Optional[str] = typer.Option(None, "--noise", help="With --pair: its noise floor, a run paired with A, or X,Y."),
     home: Optional[Path] = HomeOption,
 ) -> None:
     """Write one self-contained HTML page (works offline) with every chart and table."""
@@ -356,10 +364,210 @@ def report_command(
     if out.suffix.lower() not in (".html", ".htm"):
         fail(f"--out {out}: the report is an .html file")
     try:
-        path = build_report(lossdb.connect(home), runs, baseline, out, log_x=log_x)
-    except ValueError as error:  # unknown run, or a run with no losses yet
+        pair_runs = [name.strip() for name in pair.split(",")] if pair is not None else None
+        path = build_report(lossdb.connect(home), runs, baseline, out, log_x=log_x, pair=pair_runs, noise=noise)
+    except ValueError as error:  # unknown run, a run with no losses yet, a pair that cannot be paired
         fail(str(error))
     typer.echo(f"wrote {path}")
+
+
+@app.command("compare-pair")
+def compare_pair_command(
+    run_a: str = typer.Argument(..., help="Run A (delta = loss B - loss A)."),
+    run_b: str = typer.Argument(..., help="Run B, trained on the same data in the same order."),
+    noise: Optional[str] = typer.Option(
+        None, "--noise", help="The noise floor: another seed of A's config (paired with A), or X,Y."),
+    segment: Optional[list[int]] = typer.Option(None, "--segment", help="Pool only this segment (repeat for more)."),
+    min_count: int = typer.Option(100, "--min-count", help="Token ids listed need this many paired occurrences."),
+    top: int = typer.Option(10, "--top", help="How many most improved and most regressed token ids."),
+    examples: int = typer.Option(2, "--examples", help="Example contexts per listed id (0: none)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Pair two runs token by token: mean loss difference with 95% CIs, beside the noise floor."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import lossdb
+    from analysis import paired
+
+    try:
+        report = paired.pair_report(lossdb.connect(home), run_a, run_b, noise=noise, segments=segment,
+                                    min_count=min_count, k=top, examples=examples)
+    except ValueError as error:  # unknown run, runs that cannot be paired, unknown segment
+        fail(str(error))
+    console = Console()
+    for title, frame in paired.display_tables(report):
+        table = Table(title=title, title_justify="left")
+        for name, dtype in frame.schema.items():
+            table.add_column(name, justify="right" if dtype.is_numeric() else "left")
+        for row in frame.iter_rows():
+            table.add_row(*("" if v is None else str(v) for v in row))
+        console.print(table)
+    for note in report.result.notes + (report.noise.notes if report.noise else []):
+        typer.echo(f"note: {note}")
+
+
+@app.command("export")
+def export_command(
+    runs: Optional[str] = typer.Option(None, "--runs", help="Comma-separated runs to release (finished or failed)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The release folder to write (written atomically)."),
+    verify: Optional[Path] = typer.Option(None, "--verify", help="Instead: re-check the release in this folder."),
+    name: Optional[str] = typer.Option(None, "--name", help="The dataset card's title (default: --out's folder name)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    shard_mb: int = typer.Option(512, "--shard-mb", help="Largest Parquet shard, in MiB (about)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write a release: Parquet shards per run, runs.parquet, vocab, dataset card, SHA256SUMS; or --verify one."""
+    import lossdb
+    from lossdb.export import ExportError, export_release, summarize, verify_release
+
+    if verify is not None:
+        if runs or out:
+            fail("--verify DIR checks a release on its own: leave out --runs and --out")
+        problems = verify_release(verify)
+        for problem in problems:
+            typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+        if problems:
+            fail(f"release {verify} failed verification ({len(problems)} problem(s))")
+        typer.echo(f"ok: {verify} verified (checksums, schema, row counts, exactly-once)")
+        return
+    if not runs or out is None:
+        fail("export needs --runs A,B and --out DIR (or --verify DIR)")
+    try:
+        result = export_release(lossdb.resolve_home(home), runs.split(","), out, name=name, force=force,
+                                max_shard_bytes=shard_mb * 2**20, progress=not quiet)
+    except ExportError as error:
+        fail(str(error))
+    for line in summarize(result):
+        typer.echo(line)
+
+
+# --- suites (sweep, compare) -----------------------------------------------------------------
+
+
+@app.command("sweep")
+def sweep_command(
+    suite: Path = typer.Argument(..., help="Suite file (e.g. configs/suites/token_shift_1.toml)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per label (else the suite's seeds)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Only these labels: comma-separated, globs allowed (shift_*)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with status, parameters and tokens; train nothing."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set under HOME/data/ for every run (else the configs')."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key in every run: --set train.device=cpu."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show each run's training progress too."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Train each run on this many GPUs of this "
+                                       "machine (the sweep launches torchrun per run)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Train every run of a suite that has not finished, in order, resuming interrupted ones."""
+    import json
+
+    from train.suite import SuiteError, dry_run as dry_run_listing, load_suite, sweep
+
+    flags = [*overrides, *([f"data.dataset={json.dumps(data)}"] if data is not None else [])]
+    try:
+        loaded = load_suite(suite, flags)
+        members = loaded.members(seeds, only)
+    except SuiteError as err:
+        fail(str(err))
+    if dry_run:
+        typer.echo(dry_run_listing(loaded, members, home))
+        return
+    try:
+        report = sweep(members, home, log=typer.echo, progress=verbose, nproc_per_node=nproc_per_node)
+    except SuiteError as err:
+        fail(str(err))
+    typer.echo(f"sweep {loaded.name}: {len(report.trained)} trained, {len(report.already_finished)} finished "
+               f"before, {len(report.busy)} busy elsewhere, {len(report.failed)} failed"
+               + (f"; stopped in {report.stopped}" if report.stopped else ""))
+    if report.stopped:
+        raise typer.Exit(code=130)  # interrupted: the next sweep resumes it
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("compare")
+def compare_command(
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Suite file: compare its runs, grouped by label."),
+    runs: Optional[str] = typer.Option(None, "--runs", help="Or: comma-separated runs, grouped by config."),
+    only: Optional[str] = typer.Option(None, "--only", help="With --suite: only these labels (comma-separated, globs)."),
+    window: list[str] = typer.Option([], "--window", help="Mean loss over tokens START:END, e.g. 400M:500M (repeat for "
+                                     "more) \\[default: the last fifth of the shortest run]."),
+    last: Optional[str] = typer.Option(None, "--last", help="Word-start / sub-word ratio over the last N tokens "
+                                       "\\[default: a fiftieth of the shortest run]."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Label that Δ is measured against "
+                                            "\\[default: the suite's reference, else the base config's label]."),
+    out_table: Optional[Path] = typer.Option(None, "--out-table", help="Write the table to F.md or F.csv (else print it)."),
+    out_chart: Optional[Path] = typer.Option(None, "--out-chart", help="Learning curves to F.html, F.png or F.svg "
+                                             "\\[default: HOME/plots/compare-NAME.html]."),
+    smooth: Optional[str] = typer.Option(None, "--smooth", help="Chart: smoothing window in tokens "
+                                         "\\[default: a twentieth of the shortest run]."),
+    chart_start: Optional[str] = typer.Option(None, "--chart-start", help="Chart: first token shown, e.g. 300M."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """One table of a suite's runs (differences, parameters, window loss, word-start ratio, seeds'
+    mean ± std) and their learning curves."""
+    import lossdb
+    from analysis import compare as cmp
+    from analysis.charts import save_chart
+    from analysis.curves import known_runs
+    from train.config import parse_size
+
+    if (suite is None) == (runs is None):
+        fail("give either --suite FILE or --runs A,B")
+    if out_table is not None and out_table.suffix.lower() not in (".md", ".csv"):
+        fail(f"--out-table {out_table}: use a .md or .csv file")
+    if out_chart is not None and out_chart.suffix.lower() not in (".html", ".png", ".svg"):
+        fail(f"--out-chart {out_chart}: use a .html, .png or .svg file")
+    windows = []
+    for text in window:
+        try:
+            start, end = (parse_size(part) for part in text.split(":"))
+        except ValueError:
+            fail(f"--window {text}: expected START:END token counts, e.g. 400M:500M")
+        if not 0 <= start < end:
+            fail(f"--window {text}: need 0 <= START < END")
+        windows.append((start, end))
+    last_tokens, smooth_tokens = _parse_tokens("--last", last), _parse_tokens("--smooth", smooth)
+    con = lossdb.connect(home)
+    if suite is not None:
+        from train.suite import SuiteError, load_suite, suite_runs
+
+        try:
+            loaded = load_suite(suite)
+            entries = [cmp.Entry(*e) for e in suite_runs(loaded, known_runs(con), only)]
+        except SuiteError as err:
+            fail(str(err))
+        name, base, reference = loaded.name, "the base config", reference or loaded.reference
+    else:
+        if only is not None:
+            fail("--only goes with --suite")
+        try:
+            entries = cmp.entries_for_runs(con, runs)
+        except ValueError as err:
+            fail(str(err))
+        name, base = "runs", f"{entries[0].run}"
+    try:
+        result = cmp.compare(con, entries, windows, last_tokens, reference)
+    except ValueError as err:
+        fail(str(err))
+    table = cmp.to_markdown(result, title=f"compare: {name}", base=base)
+    if out_table is None:
+        typer.echo(table, nl=False)
+    elif out_table.suffix.lower() == ".csv":
+        out_table.parent.mkdir(parents=True, exist_ok=True)
+        result.table.write_csv(out_table)
+    else:
+        out_table.parent.mkdir(parents=True, exist_ok=True)
+        out_table.write_text(table)
+    smooth_tokens = smooth_tokens or max(result.fewest_tokens // 20, 1)
+    shown = [e for e in entries if e.run not in result.missing]
+    chart = cmp.learning_chart_by_label(
+        con, shown, smooth_tokens, _parse_tokens("--chart-start", chart_start) or 0,
+        title=f"{name}: learning curves (mean over seeds; smoothed over {smooth_tokens:,} tokens)")
+    out_chart = out_chart or lossdb.resolve_home(home) / "plots" / f"compare-{name}.html"
+    written = [save_chart(chart, out_chart)] + ([out_table] if out_table is not None else [])
+    typer.echo("wrote " + ", ".join(map(str, written)), err=True)
 
 
 # --- end of sections -------------------------------------------------------------------------
