@@ -31,6 +31,7 @@ import pyarrow as pa
 from lossdb.parts import iter_part_files, remove_empty_dirs, write_parquet_atomic
 from lossdb.rollup import compute_rollups, write_rollups
 from lossdb.schema import (
+    LOSS_PARQUET_OPTIONS,
     LOSS_SCHEMA,
     MAX_POSITIONS,
     ROLLUP_KINDS,
@@ -268,7 +269,7 @@ class LossWriter:
         # The part first, then its rollups: a part without rollups (for a moment, or after a crash)
         # is read raw by the views, while a rollup without its part would count rows that are not
         # in the table.
-        write_parquet_atomic(table, path, row_group_size=ROW_GROUP_ROWS)
+        write_parquet_atomic(table, path, row_group_size=ROW_GROUP_ROWS, **LOSS_PARQUET_OPTIONS)
         if self.rollups:
             columns = [table[name].to_numpy() for name in ("step", "position", "token_id", "loss")]
             write_rollups(self.lossdb_root, self.run, segment, self.rank, first_step, compute_rollups(*columns))
