@@ -398,3 +398,19 @@ def test_cli_flags_become_config_keys(home):
     info = run_info(home, "flags")
     assert info["status"] == "finished" and info["total_steps"] == 1280 // (BATCH * SEQ_LEN)
     assert "1,280 tokens in 10 steps" in result.output
+
+
+def test_data_order_follows_data_seed_not_seed(home, reference):
+    """Seeds of one config see the same data in the same order (so their losses pair up)."""
+    short = ["train.tokens=320", "train.checkpoint_every=0"]  # 2.5 -> 2 steps
+    train(load_config(home / "tiny.toml", [*short, "train.seed=7"]), home=home, run="seed7", progress=False)
+    train(load_config(home / "tiny.toml", [*short, "train.data_seed=7"]), home=home, run="data7", progress=False)
+    ref_order = np.load(home / "runs" / reference / "order.npy")
+    seed7_order = np.load(home / "runs" / "seed7" / "order.npy")
+    data7_order = np.load(home / "runs" / "data7" / "order.npy")
+    assert np.array_equal(seed7_order, ref_order[: len(seed7_order)])
+    assert not np.array_equal(data7_order, ref_order[: len(data7_order)])
+    assert run_info(home, "seed7")["order_sha256"] != run_info(home, "data7")["order_sha256"]
+    # a different init seed gives different losses on the very same tokens
+    seed7, ref = rows(home, "seed7"), losses(home, reference).filter("step < 2").order("seq, position").fetchnumpy()
+    assert np.array_equal(seed7["seq"], ref["seq"]) and not np.allclose(seed7["loss"], ref["loss"])

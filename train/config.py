@@ -14,6 +14,7 @@ from t-2, none from t-1, i.e. skipping a token).
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -179,8 +180,10 @@ class TrainConfig:
     batch_size: int = 512
     #: Sequences per forward pass on one rank; gradients accumulate up to batch_size.
     micro_batch_size: int = 16
-    #: Seed for initialisation and data order.
+    #: Seed for the model's initialisation.
     seed: int = 1337
+    #: Seed for the data order, apart from `seed`: seeds of one config then see the same tokens in the same order, which paired per-token comparisons need.
+    data_seed: int = 1337
     #: `auto` (cuda if available), `cpu`, `cuda`, `cuda:N`.
     device: str = "auto"
     #: Mixed precision on CUDA: `bf16` or `fp32`. CPU always trains in fp32.
@@ -275,10 +278,34 @@ def config_from_dict(raw: dict, name: str = "run", origin: str = "config") -> Ru
 
 
 def to_toml(cfg: RunConfig) -> str:
-    """The fully resolved config as TOML, every default written out."""
-    import tomli_w
+    """The fully resolved config as TOML, every default written out.
 
-    return tomli_w.dumps(cfg.to_dict())
+    Written by hand rather than with a TOML library: the trainer runs on GPU boxes that have
+    torch, numpy and pyarrow only, and a config holds just scalars, lists and layer tables.
+    """
+    lines = []
+    for table, values in cfg.to_dict().items():
+        lines.append(f"[{table}]")
+        layers = values.pop("layers", None)
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+        for layer in layers or ():
+            lines += [f"[[{table}.layers]]", *(f"{k} = {_toml_value(v)}" for k, v in layer.items()), ""]
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # repr round-trips floats exactly (1e-08, 0.25)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def _table_to_dict(table: Any) -> dict:

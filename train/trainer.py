@@ -136,7 +136,7 @@ def _train(cfg: RunConfig, home: Path, run: str, resume: bool, progress: bool, r
         raise TrainError(str(err)) from None
     cfg, plan = resolve_config(cfg, ds, ranks.world_size)
     info = _check_resumable(folder, run, cfg, ds) if resume else _check_new(folder, run, losses_root)
-    order = data_order(ds.n_sequences, plan.total_steps, cfg.train.batch_size, cfg.train.seed)
+    order = data_order(ds.n_sequences, plan.total_steps, cfg.train.batch_size, cfg.train.data_seed)
     if (folder / "order.npy").exists() and not np.array_equal(np.load(folder / "order.npy"), order):
         raise TrainError(f"--resume: {folder / 'order.npy'} differs from the order the seed gives now "
                          "(another numpy version?); the run cannot continue exactly")
