@@ -181,12 +181,24 @@ def build_report(
     windows: ReportWindows | None = None,
     n_first_positions: int = 30,
     log_x: bool = False,
+    pair: Sequence[str] | None = None,
+    noise: str | Sequence[str] | None = None,
 ) -> Path:
     """Write the HTML report for `runs` compared with `baseline` to `out`; returns the path.
 
     The baseline is added to the runs when missing. Raises curves.UnknownRunError for runs the
-    workspace lacks and ValueError when a run has no recorded losses.
+    workspace lacks and ValueError when a run has no recorded losses. With `pair` (A, B), a
+    paired per-token comparison of A and B is added (analysis/paired.py), with `noise` as its
+    noise floor (one run: paired with A; or two runs X, Y); paired.PairingError (a ValueError)
+    when they cannot be paired.
     """
+    paired_report = None
+    if pair is not None:  # first: a pair that cannot be paired fails before the page is built
+        from analysis import paired
+
+        if len(pair) != 2:
+            raise ValueError(f"a paired comparison needs two runs A,B; got {', '.join(pair) or 'none'}")
+        paired_report = paired.pair_report(con, pair[0], pair[1], noise=noise)
     runs = curves.check_runs(con, runs)
     curves.check_runs(con, [baseline])
     if baseline not in runs:
@@ -263,6 +275,11 @@ def build_report(
     page.chart(charts.config_summary_chart(by_config, "word-start / sub-word loss", "Word-start / sub-word loss ratio"))
     page.table(ratios, "Per run")
 
+    if paired_report is not None:
+        from analysis import paired_charts
+
+        paired_charts.add_report_section(page, paired_report)
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page.render(), encoding="utf-8")
@@ -271,7 +288,7 @@ def build_report(
 
 # --- one chart (python cli.py plot) ----------------------------------------------------------------
 
-PLOT_KINDS = ("position", "vocab", "learning", "first-positions")
+PLOT_KINDS = ("position", "vocab", "learning", "first-positions", "paired")
 
 
 def build_plot(
@@ -285,16 +302,26 @@ def build_plot(
     window_tokens: int | None = None,
     start_tokens: int = 0,
     n_positions: int = 30,
+    noise: str | Sequence[str] | None = None,
 ):
     """The chart of one analysis, as `python cli.py plot KIND` draws it.
 
     position / vocab: loss per segment; with `baseline`, the `measure` (ratio or difference) to
     the baseline's curve. learning: smoothed over `window_tokens` (default: 1% of the fewest
     tokens any run trained) from `start_tokens`. first-positions: the first `n_positions`.
+    paired: the paired comparison of two runs A, B (`segments` pools those segments), with
+    `noise` as its noise floor (analysis/paired.py).
     """
     if kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
     runs = curves.check_runs(con, runs)
+    if kind == "paired":
+        from analysis import paired, paired_charts
+
+        if len(runs) != 2:
+            raise ValueError(f"plot paired needs two runs A B; got {', '.join(runs)}")
+        report = paired.pair_report(con, runs[0], runs[1], noise=noise, segments=segments, examples=0)
+        return paired_charts.paired_chart(report)
     if kind in ("position", "vocab"):
         by = "position" if kind == "position" else "bucket"
         if baseline is not None:
