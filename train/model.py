@@ -118,19 +118,23 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(dim=2)  # 3 × (B, T, H, D)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, H, D)
         if self.rotary:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, n/2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if self.rope_on in ("qkv", "vo"):
-                v = apply_rope(v, cos, sin)
+            # One rotation for q and k (and v) together, in the projection's own layout: fewer
+            # kernels than rotating each, and the gradient flows back into the projection
+            # without a relayout.
+            cos, sin = self.rope_cos[:T, None, None], self.rope_sin[:T, None, None]  # (T, 1, 1, n/2)
+            if self.rope_on == "qk":
+                qkv = torch.cat((apply_rope(qkv[:, :, :2], cos, sin), qkv[:, :, 2:]), dim=2)
+            else:
+                qkv = apply_rope(qkv, cos, sin)
+        q, k, v = qkv.transpose(1, 3).unbind(dim=2)  # 3 × (B, H, T, D)
         if self.pos == "alibi":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
         if self.rotary and self.rope_on == "vo":
-            y = apply_rope(y, cos, -sin)  # undo by the query's position
+            y = apply_rope(y, self.rope_cos[:T], -self.rope_sin[:T])  # undo by the query's position
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
