@@ -570,6 +570,18 @@ def compare_command(
     typer.echo("wrote " + ", ".join(map(str, written)), err=True)
 
 
+# --- demo ----------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(home: Optional[Path] = HomeOption) -> None:
+    """The whole story offline on the stdlib corpus: data, three tiny runs, report, charts, release."""
+    from demo import run_demo
+    from train.workspace import resolve_home
+
+    run_demo(resolve_home(home))
+
+
 # --- end of sections -------------------------------------------------------------------------
 
 if __name__ == "__main__":
