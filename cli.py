@@ -564,7 +564,8 @@ def compare_command(
     shown = [e for e in entries if e.run not in result.missing]
     chart = cmp.learning_chart_by_label(
         con, shown, smooth_tokens, _parse_tokens("--chart-start", chart_start) or 0,
-        title=f"{name}: learning curves (mean over seeds; smoothed over {smooth_tokens:,} tokens)")
+        title=f"{name}: learning curves (mean over seeds; smoothed over {smooth_tokens:,} tokens)",
+        reference=result.reference)
     out_chart = out_chart or lossdb.resolve_home(home) / "plots" / f"compare-{name}.html"
     written = [save_chart(chart, out_chart)] + ([out_table] if out_table is not None else [])
     typer.echo("wrote " + ", ".join(map(str, written)), err=True)
