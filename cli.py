@@ -180,8 +180,11 @@ def train_command(
     """Train a config, recording every token's loss; runs under torchrun for several GPUs."""
     import json
 
+    from lossdb.schema import check_run_name
     from train.config import ConfigError, load_config
+    from train.runlock import RunBusy, lock_for
     from train.trainer import NonFiniteLoss, TrainError, run_config_path, train
+    from train.workspace import resolve_home
 
     flags = [*overrides]
     if data is not None:
@@ -198,7 +201,15 @@ def train_command(
         config = run_config_path(home, run)
     try:
         cfg = load_config(config, flags)
-        result = train(cfg, home=home, run=run, resume=resume)
+        # Rank 0 holds the run's lock (the ranks of one torchrun job share the run), so a second
+        # launch of the same run, e.g. beside a sweep, is refused instead of writing it twice.
+        check_run_name(run or cfg.name)
+        with lock_for(resolve_home(home), run or cfg.name):
+            result = train(cfg, home=home, run=run, resume=resume)
+    except RunBusy as busy:
+        fail(f"run {run or cfg.name} is being trained by another process ({busy})")
+    except ValueError as err:  # a run name that cannot be a folder and partition value
+        fail(str(err))
     except NonFiniteLoss as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)

@@ -25,7 +25,8 @@ from lossdb.schema import check_run_name
 from train.config import load_config
 from train.dataset import build_dataset
 from train.model import build_model
-from train.suite import (RunBusy, RunLock, SuiteError, dry_run, load_suite, member_status, suite_runs, sweep,
+from train.runlock import RunBusy, RunLock
+from train.suite import (SuiteError, dry_run, load_suite, member_status, suite_runs, sweep,
                          value_label)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -414,3 +414,17 @@ def test_data_order_follows_data_seed_not_seed(home, reference):
     # a different init seed gives different losses on the very same tokens
     seed7, ref = rows(home, "seed7"), losses(home, reference).filter("step < 2").order("seq, position").fetchnumpy()
     assert np.array_equal(seed7["seq"], ref["seq"]) and not np.allclose(seed7["loss"], ref["loss"])
+
+
+def test_cli_refuses_a_run_another_process_is_training(home):
+    from cli import app
+    from train.runlock import RunLock
+
+    with RunLock(home, "busy"):  # e.g. a sweep member training right now
+        result = CliRunner().invoke(app, ["train", "--home", str(home), "--config", str(home / "tiny.toml"),
+                                          "--run", "busy"])
+    assert result.exit_code == 2 and "being trained by another process" in result.output
+    assert not (home / "runs" / "busy").exists()
+    result = CliRunner().invoke(app, ["train", "--home", str(home), "--config", str(home / "tiny.toml"),
+                                      "--run", "../escape"])
+    assert result.exit_code == 2 and "escape" in result.output and not (home / "escape.lock").exists()

@@ -53,14 +53,12 @@ through torchrun, launched by the sweep.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import fnmatch
 import itertools
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +69,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from train.config import TABLES, ConfigError, RunConfig, config_from_dict, load_config, to_toml
-from train.runinfo import now, read_run_info
+from train.runinfo import read_run_info
+from train.runlock import LOCK_HELD_ENV, RunBusy, RunLock
 from train.workspace import resolve_home, run_dir
 
 # Suite names and labels: run-name characters without the dot, which separates them in a run name.
@@ -568,70 +567,6 @@ def _count(n: int | None) -> str:
 # --- a lock per run ------------------------------------------------------------------------------
 
 
-class RunBusy(Exception):
-    """Another process holds the run's lock."""
-
-
-class RunLock:
-    """`HOME/runs/<run>.lock`, held with flock while one process trains the run.
-
-    The trainer refuses to start a run whose folder exists, but the folder appears only after
-    the model is built, and nothing stops two resumes of one run: two sweeps could both start,
-    or both resume, the same member and write its losses twice. flock is released by the kernel
-    when the holder dies, so a crash never leaves a stale lock; the file is removed on release.
-    """
-
-    def __init__(self, home: Path, run: str):
-        self.path = run_dir(home, run).with_name(f"{run}.lock")
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise RunBusy naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RunBusy(f"locked by {self.holder()}: {self.path}") from None
-            # the previous holder may have removed the file between our open and flock: retry on the new one
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": now()}).encode())
-        self.fd = fd
-
-    def holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text())
-            return f"pid {info['pid']} on {info['host']} since {info['since']}"
-        except (OSError, ValueError, KeyError):
-            return "another process"
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            self.path.unlink()  # while still holding it: a waiter that opened the old file retries
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 # --- sweeping ------------------------------------------------------------------------------------
 
 CLI = Path(__file__).resolve().parent.parent / "cli.py"
@@ -748,7 +683,7 @@ def _train_with_torchrun(m: Member, home: Path, resume: bool, progress: bool, np
                    *(["--resume"] if resume else [])]
         output = None if progress else subprocess.PIPE
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None, text=True,
-                                 pass_fds=(lock.fd,))
+                                 pass_fds=(lock.fd,), env={**os.environ, LOCK_HELD_ENV: m.run})
         interrupted = False
         try:
             out, _ = child.communicate()
