@@ -324,7 +324,7 @@ BAD_SUITES = {
     "set without =": ('base = "base.toml"\n[[variation]]\nlabel = "a"\nset = ["optim.lr"]\n',
                       ["variation[0].set: 'optim.lr': expected table.key=value"]),
     "unknown table in set": ('base = "base.toml"\n[[variation]]\nlabel = "a"\nset = ["modle.n_layer=3"]\n',
-                             ["unknown table 'modle'"]),
+                             ["'modle.n_layer=3': modle: unknown table"]),
     "unknown config key": ('base = "base.toml"\n[[variation]]\nlabel = "a"\n[variation.model]\nn_layrs = 3\n',
                            ["label 'a'", "model.n_layrs = 3: unknown key"]),
     "override fails validation": ('base = "base.toml"' + ONE + '[[variation]]\nlabel = "bad"\nset = ["model.shift=[10,10]"]\n',

@@ -365,21 +365,33 @@ def _forget_origins(origins: dict, key: tuple) -> None:
         del origins[k]
 
 
-def _apply_override(raw: dict, origins: dict, override: str) -> None:
-    where = f"--set {override}"
+def parse_override(override: str) -> tuple[str, str, Any]:
+    """`model.shift=[384,384]` -> ("model", "shift", [384, 384]).
+
+    Values are TOML (`[48,48]`, `true`, `"x"`, `1e-3`); a bare word that is not TOML stays a
+    string (`model.pos=alibi`). Raises ConfigError saying what is wrong (without the where).
+    """
     if "=" not in override:
-        raise ConfigError(f"{where}: expected table.key=value (e.g. model.n_layer=4)")
+        raise ConfigError("expected table.key=value (e.g. model.n_layer=4)")
     key, text = (part.strip() for part in override.split("=", 1))
     parts = key.split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"{where}: {key}: expected table.key (e.g. model.n_layer)")
+        raise ConfigError(f"{key}: expected table.key (e.g. model.n_layer)")
     table, name = parts
     if table not in TABLES:
-        raise ConfigError(f"{where}: {table}: unknown table (expected one of: {', '.join(TABLES)})")
+        raise ConfigError(f"{table}: unknown table (expected one of: {', '.join(TABLES)})")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # bare words: model.pos=alibi
+    return table, name, value
+
+
+def _apply_override(raw: dict, origins: dict, override: str) -> None:
+    try:
+        table, name, value = parse_override(override)
+    except ConfigError as err:
+        raise ConfigError(f"--set {override}: {err}") from None
     raw.setdefault(table, {})[name] = value
     _forget_origins(origins, (table, name))
     _record_origins(value, (table, name), "--set", origins)

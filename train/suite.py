@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from train.config import TABLES, ConfigError, RunConfig, config_from_dict, load_config, to_toml
+from train.config import TABLES, ConfigError, RunConfig, config_from_dict, load_config, parse_override, to_toml
 from train.runinfo import read_run_info
 from train.runlock import LOCK_HELD_ENV, RunBusy, RunLock
 from train.workspace import resolve_home, run_dir
@@ -392,20 +392,11 @@ def _parse_sets(sets: Sequence[str], where: str, key: str) -> dict[str, Any]:
     """
     out = {}
     for text in sets:
-        if "=" not in text:
-            raise SuiteError(f"{where}: {key}: {text!r}: expected table.key=value (e.g. model.n_layer=4)")
-        dotted, value_text = (part.strip() for part in text.split("=", 1))
-        parts = dotted.split(".")
-        if len(parts) != 2 or not all(parts):
-            raise SuiteError(f"{where}: {key}: {text!r}: expected table.key=value (e.g. model.n_layer=4)")
-        if parts[0] not in TABLES:
-            raise SuiteError(f"{where}: {key}: {text!r}: unknown table {parts[0]!r} (expected one of: "
-                             f"{', '.join(TABLES)})")
         try:
-            value = tomllib.loads(f"v = {value_text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = value_text
-        out[dotted] = value
+            table, name, value = parse_override(text)
+        except ConfigError as err:
+            raise SuiteError(f"{where}: {key}: {text!r}: {err}") from None
+        out[f"{table}.{name}"] = value
     return out
 
 
