@@ -23,7 +23,7 @@ import lossdb
 from analysis import compare as cmp
 from lossdb.schema import check_run_name
 from train.config import load_config
-from train.dataset import build_dataset
+from tiny_data import build_tiny_dataset
 from train.model import build_model
 from train.runlock import RunBusy, RunLock
 from train.suite import (SuiteError, dry_run, load_suite, member_status, suite_runs, sweep,
@@ -402,15 +402,7 @@ def one_thread():
 def home(tmp_path_factory) -> Path:
     """A workspace with the tiny data set (200 rows of 33 tokens)."""
     home = tmp_path_factory.mktemp("home")
-    corpus = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    words = "the a of to and in is was for on that with as by at from it an be this which or".split()
-    words += [f"w{i}" for i in range(60)]
-    for d in range(12):
-        sentences = [" ".join(rng.choice(words, rng.integers(4, 13))).capitalize() + "." for _ in range(120)]
-        (corpus / f"doc{d:03d}.txt").write_text(" ".join(sentences))
-    build_dataset(home, "tiny", source=str(corpus), tokenizer="bpe:300", seq_len=SEQ_LEN,
-                  tokens=200 * (SEQ_LEN + 1), windows="all", progress=False)
+    build_tiny_dataset(home, tmp_path_factory.mktemp("corpus"), seq_len=SEQ_LEN, n_sequences=200, n_docs=12)
     return home
 
 

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
 
-from train.dataset import build_dataset
+from tiny_data import build_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN, BATCH, STEPS = 32, 4, 30
@@ -53,13 +52,7 @@ set = ["model.shift=[16,16]"]
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("home")
-    corpus = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(1)
-    words = "the a of to and in is was for on that with as by at from it an be".split() + [f"w{i}" for i in range(40)]
-    for d in range(10):
-        (corpus / f"doc{d}.txt").write_text(" ".join(" ".join(rng.choice(words, 8)) + "." for _ in range(120)))
-    build_dataset(home, "tiny", source=str(corpus), tokenizer="bpe:300", seq_len=SEQ_LEN,
-                  tokens=150 * (SEQ_LEN + 1), windows="all", progress=False)
+    build_tiny_dataset(home, tmp_path_factory.mktemp("corpus"), seq_len=SEQ_LEN, n_sequences=150, n_docs=10, seed=1)
     (home / "base.toml").write_text(BASE)
     (home / "s.toml").write_text(SUITE)
     return home

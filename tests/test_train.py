@@ -29,7 +29,8 @@ from lossdb.schema import LOSS_SCHEMA
 from train.batches import rank_rows
 from train.checkpoint import list_checkpoints, load_checkpoint
 from train.config import OptimConfig, load_config
-from train.dataset import build_dataset, open_dataset
+from tiny_data import build_tiny_dataset
+from train.dataset import open_dataset
 from train.model import build_model
 from train.schedule import lr_at
 from train.trainer import NonFiniteLoss, TrainError, train
@@ -89,16 +90,7 @@ def one_thread():
 def home(tmp_path_factory) -> Path:
     """A workspace with the tiny data set and the config file."""
     home = tmp_path_factory.mktemp("home")
-    corpus = home / "corpus"
-    corpus.mkdir()
-    rng = np.random.default_rng(0)
-    words = "the a of to and in is was for on that with as by at from it an be this which or".split()
-    words += [f"w{i}" for i in range(60)]
-    for d in range(40):  # 40 documents of 120 sentences; windows="all" cuts them into rows
-        sentences = [" ".join(rng.choice(words, rng.integers(4, 13))).capitalize() + "." for _ in range(120)]
-        (corpus / f"doc{d:03d}.txt").write_text(" ".join(sentences))
-    build_dataset(home, "tiny", source=str(corpus), tokenizer="bpe:300", seq_len=SEQ_LEN,
-                  tokens=1000 * (SEQ_LEN + 1), windows="all", progress=False)
+    build_tiny_dataset(home, home / "corpus", seq_len=SEQ_LEN, n_sequences=1000, n_docs=40)
     (home / "tiny.toml").write_text(CONFIG)
     return home
 
